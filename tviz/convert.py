@@ -1,0 +1,47 @@
+"""All conversion between protobuf messages and Python/NumPy/torch values lives here."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from tviz.errors import InvalidArgument
+from tviz.v1 import tensor_pb2
+
+_NP_DTYPES: dict[int, np.dtype] = {
+    tensor_pb2.DTYPE_FLOAT16: np.dtype("<f2"),
+    tensor_pb2.DTYPE_FLOAT32: np.dtype("<f4"),
+    tensor_pb2.DTYPE_INT64: np.dtype("<i8"),
+}
+
+
+def wire_dtype(dtype: int, default: int = tensor_pb2.DTYPE_FLOAT16) -> int:
+    """Resolve a requested DType (unspecified → default); unknown values are rejected."""
+    if dtype == tensor_pb2.DTYPE_UNSPECIFIED:
+        return default
+    if dtype not in _NP_DTYPES:
+        raise InvalidArgument(f"dtype: unknown value {dtype}")
+    return dtype
+
+
+def to_tensor(value: torch.Tensor | np.ndarray, dtype: int = tensor_pb2.DTYPE_FLOAT32) -> tensor_pb2.Tensor:
+    """Encode as a little-endian row-major Tensor of the given wire dtype."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().to("cpu", torch.float32 if value.is_floating_point() else torch.int64).numpy()
+    np_dtype = _NP_DTYPES[wire_dtype(dtype)]
+    array = np.ascontiguousarray(value, dtype=np_dtype)
+    return tensor_pb2.Tensor(shape=list(array.shape), dtype=dtype, data=array.tobytes())
+
+
+def from_tensor(msg: tensor_pb2.Tensor) -> np.ndarray:
+    """Decode a Tensor message, checking that its bytes match its shape."""
+    if msg.dtype not in _NP_DTYPES:
+        raise InvalidArgument(f"tensor dtype: unknown value {msg.dtype}")
+    np_dtype = _NP_DTYPES[msg.dtype]
+    shape = tuple(int(s) for s in msg.shape)
+    expected = int(np.prod(shape, dtype=np.int64)) * np_dtype.itemsize
+    if len(msg.data) != expected:
+        raise InvalidArgument(
+            f"tensor data has {len(msg.data)} bytes, shape {list(shape)} needs {expected}"
+        )
+    return np.frombuffer(msg.data, dtype=np_dtype).reshape(shape)

@@ -1,0 +1,1 @@
+"""tviz's own Llama-family transformer, its weights and its tokenizer."""
