@@ -27,7 +27,9 @@ class ModelSettings(BaseModel):
         default=None,
         description="An HF-layout Llama-family directory; unset means the converted default model.",
     )
-    cache_dir: Path = Field(default_factory=default_cache_dir, description="Where fetch converts to.")
+    cache_dir: Path = Field(
+        default_factory=default_cache_dir, description="Where fetch converts to."
+    )
     name: str = Field(default=DEFAULT_MODEL_NAME, description="Name reported by the services.")
     verify: bool = Field(default=True, description="Check weight-file sha256 against the manifest.")
 

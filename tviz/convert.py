@@ -24,13 +24,21 @@ def wire_dtype(dtype: int, default: int = tensor_pb2.DTYPE_FLOAT16) -> int:
     return dtype
 
 
-def to_tensor(value: torch.Tensor | np.ndarray, dtype: int = tensor_pb2.DTYPE_FLOAT32) -> tensor_pb2.Tensor:
+def to_tensor(
+    value: torch.Tensor | np.ndarray, dtype: int = tensor_pb2.DTYPE_FLOAT32
+) -> tensor_pb2.Tensor:
     """Encode as a little-endian row-major Tensor of the given wire dtype."""
     if isinstance(value, torch.Tensor):
-        value = value.detach().to("cpu", torch.float32 if value.is_floating_point() else torch.int64).numpy()
+        value = (
+            value.detach()
+            .to("cpu", torch.float32 if value.is_floating_point() else torch.int64)
+            .numpy()
+        )
     np_dtype = _NP_DTYPES[wire_dtype(dtype)]
-    array = np.ascontiguousarray(value, dtype=np_dtype)
-    return tensor_pb2.Tensor(shape=list(array.shape), dtype=dtype, data=array.tobytes())
+    array = np.asarray(value, dtype=np_dtype)
+    if array.ndim:  # ascontiguousarray would turn a scalar into shape (1,)
+        array = np.ascontiguousarray(array)
+    return tensor_pb2.Tensor(shape=list(array.shape), dtype=dtype, data=array.tobytes())  # type: ignore[arg-type]
 
 
 def from_tensor(msg: tensor_pb2.Tensor) -> np.ndarray:

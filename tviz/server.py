@@ -65,13 +65,13 @@ def _replace_behavior(
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
     """Maps exceptions raised by servicers to a gRPC status (tviz.errors.to_status)."""
 
-    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+    async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
 
-        def wrap_unary(fn):  # type: ignore[no-untyped-def]
-            async def call(request, context):  # type: ignore[no-untyped-def]
+        def wrap_unary(fn):
+            async def call(request, context):
                 try:
                     return await fn(request, context)
                 except grpc.aio.AbortError:
@@ -81,8 +81,8 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
             return call
 
-        def wrap_stream(fn):  # type: ignore[no-untyped-def]
-            async def call(request, context):  # type: ignore[no-untyped-def]
+        def wrap_stream(fn):
+            async def call(request, context):
                 try:
                     async for item in fn(request, context):
                         yield item
@@ -117,7 +117,7 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
             return "invalid API key"
         return None
 
-    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+    async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         if handler is None or _service_of(handler_call_details.method) in OPEN_SERVICES:
             return handler
@@ -125,14 +125,14 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         if problem is None:
             return handler
 
-        def wrap_unary(fn):  # type: ignore[no-untyped-def]
-            async def deny(request, context):  # type: ignore[no-untyped-def]
+        def wrap_unary(fn):
+            async def deny(request, context):
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, problem)
 
             return deny
 
-        def wrap_stream(fn):  # type: ignore[no-untyped-def]
-            async def deny(request, context):  # type: ignore[no-untyped-def]
+        def wrap_stream(fn):
+            async def deny(request, context):
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, problem)
                 yield  # pragma: no cover - makes this an async generator
 
@@ -196,8 +196,12 @@ class GrpcServer:
             from prometheus_client import start_http_server
 
             start_http_server(self.settings.metrics_port, addr=self.settings.host)
-        log.info("listening on %s:%d (tls=%s)", self.settings.host, self.port,
-                 self.settings.tls_cert is not None)
+        log.info(
+            "listening on %s:%d (tls=%s)",
+            self.settings.host,
+            self.port,
+            self.settings.tls_cert is not None,
+        )
         return self.port
 
     async def set_serving(self, serving: bool) -> None:

@@ -49,8 +49,14 @@ GLOBAL_TAPS_AFTER: dict[str, str] = {
 # Taps that carry a head dimension first (selectable by head).
 HEAD_TAPS = ("attn.q", "attn.q_rot", *EXPLICIT_ATTENTION_TAPS)
 # Taps whose second-to-last... query-position dimension can be row-selected.
-ATTENTION_SET = ("attn.q_rot", "attn.k_rot", "attn.v", "attn.scores", "attn.masked_scores",
-                 "attn.pattern")
+ATTENTION_SET = (
+    "attn.q_rot",
+    "attn.k_rot",
+    "attn.v",
+    "attn.scores",
+    "attn.masked_scores",
+    "attn.pattern",
+)
 
 
 def layer_tap(layer: int, short: str) -> str:

