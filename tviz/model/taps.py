@@ -48,7 +48,13 @@ GLOBAL_TAPS_AFTER: dict[str, str] = {
 }
 # Taps that carry a head dimension first (selectable by head).
 HEAD_TAPS = ("attn.q", "attn.q_rot", *EXPLICIT_ATTENTION_TAPS)
-# Taps whose second-to-last... query-position dimension can be row-selected.
+# Dimension (batch dropped) that indexes query positions, for row selection; key/value taps
+# index key positions and are never row-selected.
+QUERY_ROW_DIM: dict[str, int | None] = {
+    short: (1 if short in HEAD_TAPS else None if short in ("attn.k", "attn.k_rot", "attn.v") else 0)
+    for short in [*LAYER_TAPS, *GLOBAL_TAPS_BEFORE, *GLOBAL_TAPS_AFTER]
+}
+# The default Inspect selection: what an attention map needs.
 ATTENTION_SET = (
     "attn.q_rot",
     "attn.k_rot",
@@ -70,6 +76,11 @@ def all_taps(n_layers: int) -> list[tuple[str, str]]:
         names += [(layer_tap(i, short), desc) for short, desc in LAYER_TAPS.items()]
     names += list(GLOBAL_TAPS_AFTER.items())
     return names
+
+
+def describe(name: str) -> str:
+    _, short = split_name(name)
+    return {**GLOBAL_TAPS_BEFORE, **LAYER_TAPS, **GLOBAL_TAPS_AFTER}[short]
 
 
 def split_name(name: str) -> tuple[int, str]:

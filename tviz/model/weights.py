@@ -212,7 +212,8 @@ def fetch(settings: ModelSettings, progress: Progress = log.info, force: bool = 
 
 
 def read_config(directory: Path) -> dict:
-    check_layout(directory)
+    if not (directory / "config.json").is_file():
+        raise WeightsError(f"model directory {directory} has no config.json")
     try:
         return json.loads((directory / "config.json").read_text())
     except ValueError as exc:

@@ -1,0 +1,1 @@
+"""The inspector: tviz's instrumented transformer on the weights the replicas serve."""

@@ -1,0 +1,59 @@
+"""`tviz serve inspector`: load the weights into the instrumented model and serve it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import torch
+
+from inspector.engine import InspectorEngine
+from inspector.metrics import InspectorMetrics
+from inspector.service import InspectorServicer
+from inspector.settings import InspectorSettings
+from tviz.logs import setup_logging
+from tviz.server import GrpcServer
+
+log = logging.getLogger(__name__)
+
+_METRICS: InspectorMetrics | None = None
+
+
+def metrics() -> InspectorMetrics:
+    """One set of collectors per process (prometheus_client registers them globally)."""
+    global _METRICS
+    if _METRICS is None:
+        _METRICS = InspectorMetrics()
+    return _METRICS
+
+
+def build(settings: InspectorSettings, engine: InspectorEngine | None = None) -> GrpcServer:
+    section = settings.inspector
+    if section.threads:
+        torch.set_num_threads(section.threads)
+    if engine is None:
+        dtype = torch.bfloat16 if section.dtype == "bfloat16" else torch.float32
+        engine = InspectorEngine(settings.model, section.max_tokens, dtype)
+    servicer = InspectorServicer(
+        engine,
+        metrics(),
+        section.max_concurrency,
+        section.max_queue,
+        section.server.max_message_bytes,
+    )
+    return GrpcServer(section.server, [servicer.service()])
+
+
+async def serve(settings: InspectorSettings) -> None:
+    log.info("loading %s from %s", settings.model.display_name, settings.model.directory)
+    server = build(settings)
+    port = await server.start()
+    await server.set_serving(True)
+    log.info("inspector ready on port %d", port)
+    await server.serve_until_signal()
+
+
+def main(settings: InspectorSettings | None = None) -> None:
+    settings = settings or InspectorSettings()
+    setup_logging(settings.log)
+    asyncio.run(serve(settings))
