@@ -111,7 +111,7 @@ def test_selection_resolves_prefixes_and_rejects_unknown_names() -> None:
     mlp = resolve_selection(["layers.2.mlp"], [], 3)
     assert mlp == [f"layers.2.mlp.{p}" for p in ("gate", "up", "act", "down")]
     assert resolve_selection(["logits", "embed"], [0], 3) == ["embed", "logits"]
-    with pytest.raises(InvalidArgument, match="attn.patern"):
+    with pytest.raises(InvalidArgument, match=r"attn\.patern"):
         resolve_selection(["attn.patern"], [], 3)
     with pytest.raises(InvalidArgument, match="layers: 7"):
         resolve_selection([], [7], 3)
