@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -20,7 +22,8 @@ app.add_typer(model_app, name="model")
 app.add_typer(serve_app, name="serve")
 
 console = Console(stderr=True)
-out = Console()
+out_console = Console()
+out = out_console
 
 
 def fail(message: str) -> typer.Exit:
@@ -95,6 +98,81 @@ def model_verify() -> None:
     except TvizError as exc:
         raise fail(str(exc)) from None
     out.print(f"ok {manifest.digest}")
+
+
+@serve_app.command("inspector")
+def serve_inspector(
+    port: int | None = typer.Option(
+        None, help="Port (default TVIZ_INSPECTOR__SERVER__PORT, 50061)."
+    ),
+    host: str | None = typer.Option(None, help="Address to bind (default 127.0.0.1)."),
+) -> None:
+    """Serve the Inspector gRPC service on the configured weights."""
+    from pydantic import ValidationError
+
+    from inspector.main import main as inspector_main
+    from inspector.settings import InspectorSettings
+
+    try:
+        settings = InspectorSettings()
+        overrides = {k: v for k, v in (("port", port), ("host", host)) if v is not None}
+        if overrides:
+            section = settings.inspector.model_copy(
+                update={"server": settings.inspector.server.model_copy(update=overrides)}
+            )
+            settings = InspectorSettings.model_validate(
+                {**settings.model_dump(), "inspector": section.model_dump()}
+            )
+    except ValidationError as exc:
+        from tviz.errors import format_validation_error
+
+        raise fail(format_validation_error(exc)) from None
+    inspector_main(settings)
+
+
+@app.command("inspect")
+def inspect_cmd(
+    prompt: str = typer.Argument(..., help="Text to run through the model."),
+    layer: list[int] = typer.Option([], "--layer", "-l", help="Layer(s); default all."),
+    head: list[int] = typer.Option([], "--head", "-h", help="Head(s); default all."),
+    tap: list[str] = typer.Option([], "--tap", "-t", help="Tap names or prefixes."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write the heatmap PNG here."),
+    json_out: Path | None = typer.Option(None, "--json", help="Write the dump as JSON."),
+    st_out: Path | None = typer.Option(
+        None, "--safetensors", help="Write the dump as safetensors."
+    ),
+    float32: bool = typer.Option(False, "--float32", help="Full precision (default float16)."),
+    target: str | None = typer.Option(
+        None, help="A running inspector (host:port); default: load the model in-process."
+    ),
+    api_key: str | None = typer.Option(None, envvar="TVIZ_API_KEY", help="API key to send."),
+) -> None:
+    """Capture attention (or any taps) for a prompt; write a heatmap, JSON or safetensors."""
+    from tviz.inspect_cli import run_inspect
+
+    taps = list(tap) or (["attn.pattern"] if out and not (json_out or st_out) else [])
+    if (
+        out is not None
+        and taps
+        and not any("pattern" in t or t in ("attn", "layers") for t in taps)
+    ):
+        taps.append("attn.pattern")
+    try:
+        run_inspect(
+            prompt,
+            layer,
+            head,
+            taps,
+            out,
+            json_out,
+            st_out,
+            float32,
+            target,
+            api_key,
+            out_console=out_console,
+        )
+    except TvizError as exc:
+        raise fail(str(exc)) from None
 
 
 def main() -> None:

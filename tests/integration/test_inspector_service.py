@@ -144,7 +144,7 @@ async def test_full_dump_over_4mb_streams(stub) -> None:  # type: ignore[no-unty
 
 
 async def test_step_through_reaches_the_logits(stub) -> None:  # type: ignore[no-untyped-def]
-    header, states = await collect(
+    _, states = await collect(
         stub.StepThrough(
             pb.StepThroughRequest(input=prompt(BANK), layers=[0, 1], include_tensors=True)
         )
@@ -197,8 +197,10 @@ async def test_decode_trace_walks_the_cache(stub) -> None:  # type: ignore[no-un
         np.testing.assert_allclose(from_tensor(att.tensor).astype(np.float32).sum(-1), 1, atol=2e-3)
     assert steps[1].cache_bytes > steps[0].cache_bytes
     assert steps[-1].last
-    header, _ = await collect(stub.DecodeTrace(pb.DecodeTraceRequest(input=chat, max_new_tokens=1)))
-    assert header.tokens[0].text == "<|im_start|>"
+    chat_header, _ = await collect(
+        stub.DecodeTrace(pb.DecodeTraceRequest(input=chat, max_new_tokens=1))
+    )
+    assert chat_header.tokens[0].text == "<|im_start|>"
 
 
 async def test_positional_encodings(stub, engine: InspectorEngine) -> None:  # type: ignore[no-untyped-def]
