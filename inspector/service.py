@@ -51,7 +51,7 @@ class InspectorServicer(inspector_pb2_grpc.InspectorServicer):
         self.metrics.queued.set(self.limiter.waiting)
 
     def _record(self, rpc: str, start: float, exc: BaseException | None) -> None:
-        code = grpc.StatusCode.OK if exc is None else to_status(exc)[0]
+        code = grpc.StatusCode.OK if exc is None else to_status(exc, log_unexpected=False)[0]
         self.metrics.requests.labels(rpc=rpc, code=code.name).inc()
         self.metrics.request_latency.labels(rpc=rpc).observe(time.perf_counter() - start)
 

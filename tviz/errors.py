@@ -65,7 +65,7 @@ def format_validation_error(err: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def to_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+def to_status(exc: BaseException, log_unexpected: bool = True) -> tuple[grpc.StatusCode, str]:
     """Map any exception to the status and message the client sees."""
     if isinstance(exc, TvizError):
         return exc.code, str(exc)
@@ -75,5 +75,6 @@ def to_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.CANCELLED, "request cancelled"
     if isinstance(exc, TimeoutError):
         return grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded"
-    log.error("unexpected error", exc_info=exc)
+    if log_unexpected:
+        log.error("unexpected error", exc_info=exc)
     return grpc.StatusCode.INTERNAL, "internal error (see the server log)"

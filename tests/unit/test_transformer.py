@@ -141,3 +141,24 @@ def test_rope_similarity_depends_only_on_distance() -> None:
     assert torch.allclose(sim.diagonal(), torch.ones(12))
     assert torch.allclose(sim.diagonal(3), torch.full((9,), sim[0, 3].item()), atol=1e-6)
     assert torch.allclose(sim, sim.T)
+
+
+def test_rows_at_different_lengths_decode_together(tiny: tuple[Path, torch.nn.Module]) -> None:
+    model = Transformer.from_pretrained(tiny[0])
+    a, b = torch.randint(0, 101, (1, 7)), torch.randint(0, 101, (1, 3))
+    cache = model.new_cache(4, 32)
+    with torch.no_grad():
+        model(a, cache=cache, rows=[2])
+        model(b, cache=cache, rows=[0])
+        assert cache.lengths == [3, 0, 7, 0]
+        step = model(torch.tensor([[5], [9]]), cache=cache, rows=[2, 0])  # (2, 1, V)
+        alone_a = model(torch.cat([a, torch.tensor([[5]])], 1))[:, -1]
+        alone_b = model(torch.cat([b, torch.tensor([[9]])], 1))[:, -1]
+        with collecting(["layers.1.attn.pattern"]) as got:
+            model(torch.tensor([[1], [2]]), cache=cache, rows=[0, 2])
+    assert (step[0, -1] - alone_a[0]).abs().max() < 1e-4
+    assert (step[1, -1] - alone_b[0]).abs().max() < 1e-4
+    pattern = got["layers.1.attn.pattern"]  # (2, H, 1, S): row 0 sees 5 keys, row 1 sees 9
+    assert pattern.shape[-1] == 9
+    assert torch.all(pattern[0, :, 0, 5:] == 0) and torch.all(pattern[1, :, 0] > 0)
+    assert cache.lengths == [5, 0, 9, 0]

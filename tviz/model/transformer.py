@@ -72,7 +72,12 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class KVCache:
-    """Pre-allocated keys and values for every layer: (layers, B, K, max_len, E) each."""
+    """Pre-allocated keys and values for every layer: (layers, B, K, max_len, E) each.
+
+    Each batch row is a slot with its own filled length, so sequences of different lengths
+    can decode together (the reference engine's batching). A forward pass names the rows it
+    runs on; rows that share a length take the contiguous fast path.
+    """
 
     def __init__(
         self, cfg: ModelConfig, batch: int, max_len: int, dtype: torch.dtype, device: torch.device
@@ -80,26 +85,48 @@ class KVCache:
         shape = (cfg.n_layers, batch, cfg.n_kv_heads, max_len, cfg.head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
-        self.length = 0  # positions filled
+        self.lengths = [0] * batch  # positions filled, per row
         self.max_len = max_len
 
-    def update(
-        self, layer: int, k: torch.Tensor, v: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store the new (B, K, T, E) keys/values of `layer`; return all of them so far."""
-        start, end = self.length, self.length + k.shape[2]
-        self.k[layer, :, :, start:end] = k
-        self.v[layer, :, :, start:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+    @property
+    def length(self) -> int:
+        """Filled positions of row 0 (the single-sequence case)."""
+        return self.lengths[0]
 
-    def advance(self, n: int) -> None:
-        self.length += n
+    def reset(self, row: int) -> None:
+        self.lengths[row] = 0
 
     @property
     def nbytes(self) -> int:
-        """Bytes holding filled positions (both K and V, all layers)."""
-        per_pos = self.k[:, :, :, :1].numel() * self.k.element_size() * 2
-        return per_pos * self.length
+        """Bytes holding filled positions (both K and V, all layers, all rows)."""
+        per_pos = self.k[:, 0, :, 0].numel() * self.k.element_size() * 2
+        return per_pos * sum(self.lengths)
+
+
+@dataclass(frozen=True)
+class Positions:
+    """Where the new tokens of one forward pass sit: per batch row, its cache row and start."""
+
+    rows: list[int]
+    starts: list[int]
+
+    @property
+    def uniform(self) -> bool:
+        return len(set(self.starts)) <= 1
+
+    def row_index(self) -> slice | torch.Tensor:
+        """A slice when the rows are contiguous (no copy), else an index tensor."""
+        r0 = self.rows[0]
+        if self.rows == list(range(r0, r0 + len(self.rows))):
+            return slice(r0, r0 + len(self.rows))
+        return torch.tensor(self.rows)
+
+    def mask(self, T: int, S: int, device: torch.device) -> torch.Tensor:
+        """True where query t of row b may attend to key s: s <= start_b + t. (B, 1, T, S)"""
+        starts = torch.tensor(self.starts, device=device)[:, None]  # (B, 1)
+        q_pos = starts + torch.arange(T, device=device)[None, :]  # (B, T)
+        k_pos = torch.arange(S, device=device)
+        return (k_pos[None, None, :] <= q_pos[:, :, None])[:, None]  # (B, 1, T, S)
 
 
 class Attention(nn.Module):
@@ -117,7 +144,12 @@ class Attention(nn.Module):
         return layer_tap(self.layer, short)
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        cache: KVCache | None,
+        pos: Positions | None,
     ) -> torch.Tensor:
         cfg = self.cfg
         B, T, _ = x.shape
@@ -130,39 +162,45 @@ class Attention(nn.Module):
         q = tap(self._name("attn.q_rot"), apply_rope(q, cos, sin))
         k = tap(self._name("attn.k_rot"), apply_rope(k, cos, sin))
 
-        start = 0
-        if cache is not None:
-            start = cache.length
-            k, v = cache.update(self.layer, k, v)  # (B, K, S, E)
-        S = k.shape[2]
+        mask: torch.Tensor | None = None  # None = plain causal from position 0
+        if cache is not None and pos is not None:
+            k, v = self._cache_update(cache, pos, k, v)  # (B, K, S, E)
+            if pos.starts[0] > 0 or not pos.uniform:
+                mask = pos.mask(T, k.shape[2], q.device)
 
         if needs_explicit_attention(self.layer):
-            y = self._explicit(q, k, v, start)
+            y = self._explicit(q, k, v, mask)
         else:
-            # Fast path: fused attention. Causal only matters when several new queries attend.
-            mask = None
-            if T > 1 and start > 0:
-                mask = self._causal_mask(T, S, start, q.device)
+            # Fast path: fused attention.
             y = F.scaled_dot_product_attention(
-                q,
-                k,
-                v,
-                attn_mask=mask,
-                is_causal=(T > 1 and start == 0),
-                scale=self.scale,
+                q, k, v, attn_mask=mask, is_causal=(mask is None and T > 1), scale=self.scale,
                 enable_gqa=cfg.n_kv_heads != cfg.n_heads,
-            )  # (B, H, T, E)
+            )  # fmt: skip  # (B, H, T, E)
         y = y.transpose(1, 2).reshape(B, T, cfg.n_heads * cfg.head_dim)
         return tap(self._name("attn.out"), self.o_proj(y))
 
-    @staticmethod
-    def _causal_mask(T: int, S: int, start: int, device: torch.device) -> torch.Tensor:
-        q_pos = torch.arange(start, start + T, device=device)[:, None]
-        k_pos = torch.arange(S, device=device)[None, :]
-        return k_pos <= q_pos  # (T, S), True = may attend
+    def _cache_update(
+        self, cache: KVCache, pos: Positions, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the new keys/values of this layer; return every cached one. (B, K, S, E)"""
+        rows = pos.row_index()
+        T = k.shape[2]
+        if pos.uniform:
+            start, end = pos.starts[0], pos.starts[0] + T
+            cache.k[self.layer, rows, :, start:end] = k
+            cache.v[self.layer, rows, :, start:end] = v
+            return cache.k[self.layer, rows, :, :end], cache.v[self.layer, rows, :, :end]
+        # Rows at different lengths: one new token each, written at its own position.
+        assert T == 1, "rows at different positions decode one token at a time"
+        row_t = torch.tensor(pos.rows) if isinstance(rows, slice) else rows
+        start_t = torch.tensor(pos.starts)
+        cache.k[self.layer, row_t, :, start_t] = k[:, :, 0]
+        cache.v[self.layer, row_t, :, start_t] = v[:, :, 0]
+        end = max(pos.starts) + 1
+        return cache.k[self.layer, rows, :, :end], cache.v[self.layer, rows, :, :end]
 
     def _explicit(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
     ) -> torch.Tensor:
         """Attention written out step by step, so every intermediate can be tapped."""
         g = self.cfg.group_size
@@ -170,8 +208,9 @@ class Attention(nn.Module):
         v = v.repeat_interleave(g, dim=1)
         T, S = q.shape[2], k.shape[2]
         scores = tap(self._name("attn.scores"), (q @ k.transpose(-2, -1)) * self.scale)  # (B,H,T,S)
-        allowed = self._causal_mask(T, S, start, q.device)
-        masked = scores.masked_fill(~allowed, float("-inf"))
+        if mask is None:
+            mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
+        masked = scores.masked_fill(~mask, float("-inf"))
         tap(self._name("attn.masked_scores"), masked)
         pattern = torch.softmax(masked, dim=-1, dtype=torch.float32).to(q.dtype)
         tap(self._name("attn.pattern"), pattern)
@@ -211,11 +250,12 @@ class Block(nn.Module):
         cos: torch.Tensor,
         sin: torch.Tensor,
         cache: KVCache | None,
+        pos: Positions | None,
         clock: Clock,
     ) -> torch.Tensor:
         name = lambda short: layer_tap(self.layer, short)  # noqa: E731
         h = tap(name("attn_norm"), self.input_layernorm(x))
-        x = tap(name("resid_mid"), x + self.self_attn(h, cos, sin, cache))
+        x = tap(name("resid_mid"), x + self.self_attn(h, cos, sin, cache, pos))
         clock(name("attn"))
         h = tap(name("mlp_norm"), self.post_attention_layernorm(x))
         x = tap(name("resid_post"), x + self.mlp(h))
@@ -293,20 +333,43 @@ class Transformer(nn.Module):
         cache: KVCache | None = None,
         clock: Clock = _no_clock,
         last_only: bool = False,
+        rows: list[int] | None = None,
     ) -> torch.Tensor:
-        """Logits for `tokens` (B, T), continuing after `cache` when given. Returns (B, T, V)."""
-        T = tokens.shape[1]
-        start = cache.length if cache is not None else 0
-        if start + T > (cache.max_len if cache is not None else self.cfg.max_position):
-            raise ValueError(f"{start + T} positions exceed the model's or the cache's length")
-        cos, sin = self.rope(start + T)
-        cos, sin = cos[start:], sin[start:]  # (T, E)
+        """Logits for `tokens` (B, T). Returns (B, T, V), or (B, 1, V) with last_only.
+
+        With a cache, the tokens continue each row's cached sequence; `rows` names the cache
+        rows the batch rows use (default 0..B-1). Rows at different lengths take T == 1.
+        """
+        B, T = tokens.shape
+        pos = None
+        if cache is not None:
+            rows = rows if rows is not None else list(range(B))
+            pos = Positions(rows, [cache.lengths[r] for r in rows])
+            end = max(pos.starts) + T
+            if end > cache.max_len:
+                raise ValueError(f"{end} positions exceed the cache's {cache.max_len}")
+            cos_all, sin_all = self.rope(end)
+            if pos.uniform:
+                cos, sin = cos_all[pos.starts[0] : end], sin_all[pos.starts[0] : end]  # (T, E)
+            else:
+                if T != 1:
+                    raise ValueError("rows at different positions decode one token at a time")
+                idx = torch.tensor(pos.starts, device=cos_all.device)
+                cos, sin = (
+                    cos_all[idx][:, None, None, :],
+                    sin_all[idx][:, None, None, :],
+                )  # (B,1,1,E)
+        else:
+            if self.cfg.max_position < T:
+                raise ValueError(f"{T} positions exceed the model's {self.cfg.max_position}")
+            cos, sin = self.rope(T)
         x = tap("embed", self.embed_tokens(tokens))  # (B, T, D)
         clock("embed")
         for block in self.layers:
-            x = block(x, cos, sin, cache, clock)
-        if cache is not None:
-            cache.advance(T)
+            x = block(x, cos, sin, cache, pos, clock)
+        if cache is not None and pos is not None:
+            for r in pos.rows:
+                cache.lengths[r] += T
         if last_only and not tap_enabled("final_norm") and not tap_enabled("logits"):
             x = x[:, -1:]
         x = tap("final_norm", self.norm(x))

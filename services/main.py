@@ -1,0 +1,134 @@
+"""`tviz serve replica`: one Generation replica on vLLM (or the reference engine)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import logging
+import socket
+
+from services.engine import Engine
+from services.health import HealthProber
+from services.metrics import ReplicaMetrics
+from services.service import GenerationServicer
+from services.settings import ReplicaSettings
+from tviz import __version__
+from tviz.model.config import ModelConfig
+from tviz.model.tokenizer import Tokenizer
+from tviz.model.weights import load_manifest
+from tviz.server import GrpcServer
+from tviz.v1 import model_pb2
+
+log = logging.getLogger(__name__)
+
+
+def make_engine(settings: ReplicaSettings) -> Engine:
+    r = settings.replica
+    kind = r.engine
+    if kind == "auto":
+        kind = "vllm" if importlib.util.find_spec("vllm") is not None else "reference"
+    if kind == "vllm":
+        from services.vllm_engine import VllmEngine
+
+        return VllmEngine(
+            settings.model.directory,
+            max_model_len=r.max_model_len,
+            dtype=r.dtype,
+            kv_cache_space_gib=r.kv_cache_space_gib,
+            gpu_memory_utilization=r.gpu_memory_utilization,
+            enforce_eager=r.enforce_eager,
+            enable_prefix_caching=r.enable_prefix_caching,
+            max_num_seqs=r.max_num_seqs,
+        )
+    from services.reference_engine import ReferenceEngine
+
+    return ReferenceEngine(
+        settings.model.directory,
+        max_model_len=r.max_model_len,
+        dtype=r.dtype,
+        max_batch=r.max_num_seqs,
+    )
+
+
+class Replica:
+    """The replica process's parts, started and stopped in order."""
+
+    def __init__(self, settings: ReplicaSettings, engine: Engine | None = None) -> None:
+        self.settings = settings
+        directory = settings.model.directory
+        manifest = load_manifest(directory, verify=settings.model.verify)
+        cfg = ModelConfig.from_dir(directory)
+        self.engine = engine or make_engine(settings)
+        self.tokenizer = Tokenizer(directory)
+        info = model_pb2.ModelInfo(
+            name=settings.model.display_name,
+            weights_digest=manifest.digest,
+            max_context=settings.replica.max_model_len,
+            engine=self.engine.kind,  # type: ignore[arg-type]
+            engine_version=f"{self.engine.version} / tviz {__version__}",
+            num_layers=cfg.n_layers,
+            num_heads=cfg.n_heads,
+            num_kv_heads=cfg.n_kv_heads,
+            d_model=cfg.d_model,
+            vocab_size=cfg.vocab_size,
+        )
+        self.metrics = ReplicaMetrics.get()
+        section = settings.replica
+        self.servicer = GenerationServicer(
+            self.engine, self.tokenizer, info, section.replica_id, section.max_pending, self.metrics
+        )
+        self.server = GrpcServer(section.server, [self.servicer.service()])
+        bos = cfg.bos_token_id if cfg.bos_token_id is not None else 0
+        self.prober = HealthProber(
+            self.engine, self.server.set_serving, [bos], section.probe_interval_s,
+            section.probe_timeout_s, self.metrics,
+        )  # fmt: skip
+        self._probe_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> int:
+        """Listen first (NOT_SERVING while the engine loads), then start the engine."""
+        port = await self.server.start()
+        if not self.servicer.replica_id:
+            self.servicer.replica_id = f"{socket.gethostname()}:{port}"
+        log.info(
+            "replica %s: starting the %s engine", self.servicer.replica_id, self.engine.version
+        )
+        await self.engine.start()
+        self.servicer.ready = True
+        if not await self.prober.probe_once():
+            raise RuntimeError("the engine started but does not answer a one-token probe")
+        self._probe_task = asyncio.create_task(self.prober.run())
+        log.info("replica ready on port %d", port)
+        return port
+
+    async def stop(self, grace: float | None = None) -> None:
+        if self._probe_task is not None:
+            self._probe_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe_task
+        await self.server.stop(grace)  # NOT_SERVING, drain in-flight streams
+        await self.engine.shutdown()
+
+
+async def serve(settings: ReplicaSettings) -> None:
+    replica = Replica(settings)
+    await replica.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("draining for up to %.1f s", settings.replica.server.grace_seconds)
+    await replica.stop()
+    log.info("stopped")
+
+
+def main(settings: ReplicaSettings | None = None) -> None:
+    from tviz.logs import setup_logging
+
+    settings = settings or ReplicaSettings()
+    setup_logging(settings.log)
+    asyncio.run(serve(settings))
