@@ -13,7 +13,6 @@ from services.health import HealthProber
 from services.metrics import ReplicaMetrics
 from services.service import GenerationServicer
 from services.settings import ReplicaSettings
-from tviz import __version__
 from tviz.model.config import ModelConfig
 from tviz.model.tokenizer import Tokenizer
 from tviz.model.weights import load_manifest
@@ -66,7 +65,7 @@ class Replica:
             weights_digest=manifest.digest,
             max_context=settings.replica.max_model_len,
             engine=self.engine.kind,  # type: ignore[arg-type]
-            engine_version=f"{self.engine.version} / tviz {__version__}",
+            engine_version=self.engine.version,
             num_layers=cfg.n_layers,
             num_heads=cfg.n_heads,
             num_kv_heads=cfg.n_kv_heads,

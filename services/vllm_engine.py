@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -23,7 +24,7 @@ def _stat_logger_factory(engine: VllmEngine) -> Any:
         def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
             pass
 
-        def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx=0):  # type: ignore[no-untyped-def]
+        def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx=0):
             if scheduler_stats is not None:
                 engine._load = Load(
                     scheduler_stats.num_running_reqs, scheduler_stats.num_waiting_reqs
@@ -78,7 +79,7 @@ class VllmEngine(Engine):
         args = AsyncEngineArgs(
             model=str(self._dir),
             tokenizer=str(self._dir),
-            dtype=dtype,
+            dtype=dtype,  # type: ignore[arg-type]
             max_model_len=self.max_model_len,
             enforce_eager=eager,
             enable_prefix_caching=self._prefix,
@@ -87,7 +88,11 @@ class VllmEngine(Engine):
             disable_log_stats=False,
             seed=0,
         )
-        self._llm = AsyncLLM.from_engine_args(args, stat_loggers=[_stat_logger_factory(self)])
+        # Building the engine blocks for tens of seconds (it spawns the engine core and loads
+        # the weights); a thread keeps the event loop answering health checks meanwhile.
+        self._llm = await asyncio.to_thread(
+            AsyncLLM.from_engine_args, args, stat_loggers=[_stat_logger_factory(self)]
+        )
         cache = self._llm.vllm_config.cache_config
         blocks = cache.num_gpu_blocks or 0
         self._kv_tokens = int(blocks * cache.block_size)
