@@ -7,12 +7,14 @@ import contextlib
 import importlib.util
 import logging
 import socket
+import time
 
 from services.engine import Engine
 from services.health import HealthProber
 from services.metrics import ReplicaMetrics
 from services.service import GenerationServicer
 from services.settings import ReplicaSettings
+from tviz.generation import Sampling
 from tviz.model.config import ModelConfig
 from tviz.model.tokenizer import Tokenizer
 from tviz.model.weights import load_manifest
@@ -94,12 +96,23 @@ class Replica:
             "replica %s: starting the %s engine", self.servicer.replica_id, self.engine.version
         )
         await self.engine.start()
+        await self._warm_up()
         self.servicer.ready = True
         if not await self.prober.probe_once():
             raise RuntimeError("the engine started but does not answer a one-token probe")
         self._probe_task = asyncio.create_task(self.prober.run())
         log.info("replica ready on port %d", port)
         return port
+
+    async def _warm_up(self) -> None:
+        """One short chat completion before SERVING: the first batches of a fresh engine pay
+        one-off costs (kernel selection, allocator growth) that a client should not see."""
+        start = time.perf_counter()
+        ids = self.tokenizer.encode_chat([{"role": "user", "content": "Say hello."}])
+        sampling = Sampling(temperature=0.0, max_tokens=8)
+        async for _ in self.engine.generate(ids, sampling, 8, "tviz-warm-up"):
+            pass
+        log.info("warm-up done in %.1f s", time.perf_counter() - start)
 
     async def stop(self, grace: float | None = None) -> None:
         if self._probe_task is not None:
