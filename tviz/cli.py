@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TypeVar
 
 import typer
 from rich.console import Console
@@ -10,6 +12,8 @@ from rich.table import Table
 
 from tviz.config import CommonSettings
 from tviz.errors import TvizError
+
+S = TypeVar("S", bound=CommonSettings)
 
 app = typer.Typer(
     help="tviz: an interactive transformer visualizer on a serving stack.",
@@ -100,34 +104,53 @@ def model_verify() -> None:
     out.print(f"ok {manifest.digest}")
 
 
+def _settings_with(
+    cls: type[S], section: str, server: Mapping[str, object], extra: Mapping[str, object]
+) -> S:
+    """Build a service's settings from the environment, then apply command-line overrides."""
+    from pydantic import ValidationError
+
+    from tviz.errors import format_validation_error
+
+    try:
+        base = cls().model_dump()
+        sec = base[section]
+        sec["server"].update({k: v for k, v in server.items() if v is not None})
+        sec.update({k: v for k, v in extra.items() if v is not None})
+        return cls.model_validate(base)
+    except ValidationError as exc:
+        raise fail(format_validation_error(exc)) from None
+
+
 @serve_app.command("inspector")
 def serve_inspector(
     port: int | None = typer.Option(
         None, help="Port (default TVIZ_INSPECTOR__SERVER__PORT, 50061)."
     ),
     host: str | None = typer.Option(None, help="Address to bind (default 127.0.0.1)."),
+    metrics_port: int | None = typer.Option(None, help="Serve Prometheus /metrics on this port."),
 ) -> None:
     """Serve the Inspector gRPC service on the configured weights."""
-    from pydantic import ValidationError
-
     from inspector.main import main as inspector_main
     from inspector.settings import InspectorSettings
 
-    try:
-        settings = InspectorSettings()
-        overrides = {k: v for k, v in (("port", port), ("host", host)) if v is not None}
-        if overrides:
-            section = settings.inspector.model_copy(
-                update={"server": settings.inspector.server.model_copy(update=overrides)}
-            )
-            settings = InspectorSettings.model_validate(
-                {**settings.model_dump(), "inspector": section.model_dump()}
-            )
-    except ValidationError as exc:
-        from tviz.errors import format_validation_error
+    server = {"port": port, "host": host, "metrics_port": metrics_port}
+    inspector_main(_settings_with(InspectorSettings, "inspector", server, {}))
 
-        raise fail(format_validation_error(exc)) from None
-    inspector_main(settings)
+
+@serve_app.command("replica")
+def serve_replica(
+    port: int | None = typer.Option(None, help="Port (default TVIZ_REPLICA__SERVER__PORT, 50051)."),
+    host: str | None = typer.Option(None, help="Address to bind (default 127.0.0.1)."),
+    engine: str | None = typer.Option(None, help="vllm, reference or auto (default auto)."),
+    metrics_port: int | None = typer.Option(None, help="Serve Prometheus /metrics on this port."),
+) -> None:
+    """Serve one Generation replica (vLLM's AsyncLLM, or tviz's reference engine)."""
+    from services.main import main as replica_main
+    from services.settings import ReplicaSettings
+
+    server = {"port": port, "host": host, "metrics_port": metrics_port}
+    replica_main(_settings_with(ReplicaSettings, "replica", server, {"engine": engine}))
 
 
 @app.command("inspect")

@@ -221,3 +221,19 @@ async def test_reference_engine_matches_vllm(stub, reference_replica) -> None:  
             lp_ref = [p.chosen.logprob for c in ours for p in c.logprobs]
             lp_vllm = [p.chosen.logprob for c in theirs for p in c.logprobs]
             assert max(abs(a - b) for a, b in zip(lp_ref, lp_vllm, strict=True)) < 0.02
+
+
+async def test_reference_engine_batches_and_aborts(reference_replica) -> None:  # type: ignore[no-untyped-def]
+    """Concurrent greedy streams (decoded in one batch) equal the same requests run alone."""
+    prompts = ["The sky is", "Water boils at", "My favourite book is", "In 1969, humans"]
+    reqs = [g.GenerateRequest(prompt=p, sampling=greedy(10)) for p in prompts]
+    async with aio_channel(reference_replica.target) as ch:
+        ref = generation_pb2_grpc.GenerationStub(ch)
+        alone = [(await run(ref, r))[0] for r in reqs]
+        together = [t for t, _ in await asyncio.gather(*(run(ref, r) for r in reqs))]
+        assert together == alone
+        call = ref.Generate(g.GenerateRequest(prompt="Count: 1, 2,", sampling=greedy(500)))
+        async for _ in call:
+            break
+        call.cancel()
+        assert await wait_idle(reference_replica.engine) == 0
