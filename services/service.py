@@ -52,6 +52,7 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
         self.max_pending = max_pending
         self.metrics = metrics
         self.ready = False
+        self.served = 0  # requests handed to the engine
 
     def service(self) -> Service:
         return Service(
@@ -86,6 +87,7 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
                 )
             request_id = request.request_id or uuid.uuid4().hex
             await context.send_initial_metadata(self.load_metadata())
+            self.served += 1
             first = True
             try:
                 async for delta in self.engine.generate(ids, sampling, max_tokens, request_id):

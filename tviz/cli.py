@@ -153,6 +153,49 @@ def serve_replica(
     replica_main(_settings_with(ReplicaSettings, "replica", server, {"engine": engine}))
 
 
+@serve_app.command("gateway")
+def serve_gateway(
+    port: int | None = typer.Option(None, help="Port (default TVIZ_GATEWAY__SERVER__PORT, 50050)."),
+    host: str | None = typer.Option(None, help="Address to bind (default 127.0.0.1)."),
+    replicas: str | None = typer.Option(None, help="Comma-separated replica host:port list."),
+    routing: str | None = typer.Option(None, help="round_robin, least_loaded or prefix_affinity."),
+    metrics_port: int | None = typer.Option(None, help="Serve Prometheus /metrics on this port."),
+) -> None:
+    """Serve the gateway in front of the replicas."""
+    from gateway.main import main as gateway_main
+    from gateway.settings import GatewaySettings
+
+    extra: dict[str, object] = {"routing": routing}
+    if replicas:
+        extra["replicas"] = [r.strip() for r in replicas.split(",") if r.strip()]
+    server = {"port": port, "host": host, "metrics_port": metrics_port}
+    gateway_main(_settings_with(GatewaySettings, "gateway", server, extra))
+
+
+@app.command("generate")
+def generate_cmd(
+    prompt: str = typer.Argument(..., help="The user message (or raw prompt with --raw)."),
+    target: str = typer.Option("127.0.0.1:50050", help="Gateway (or replica) host:port."),
+    system: str | None = typer.Option(None, help="A system prompt."),
+    raw: bool = typer.Option(False, help="Send the text as a raw prompt, no chat template."),
+    max_tokens: int = typer.Option(256, help="Most tokens to generate."),
+    temperature: float = typer.Option(0.0, help="0 is greedy (and cacheable)."),
+    seed: int | None = typer.Option(None, help="Seed for sampling (makes it cacheable)."),
+    no_cache: bool = typer.Option(False, help="Bypass the gateway's response cache."),
+    api_key: str | None = typer.Option(None, envvar="TVIZ_API_KEY", help="API key to send."),
+) -> None:
+    """Stream a completion from the gateway, then print TTFT, tokens/s and cache use."""
+    from tviz.generate_cli import run_generate
+
+    try:
+        run_generate(
+            prompt, target, system, raw, max_tokens, temperature, seed, no_cache, api_key,
+            out_console,
+        )  # fmt: skip
+    except TvizError as exc:
+        raise fail(str(exc)) from None
+
+
 @app.command("inspect")
 def inspect_cmd(
     prompt: str = typer.Argument(..., help="Text to run through the model."),

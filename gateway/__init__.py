@@ -1,0 +1,1 @@
+"""The gRPC gateway: routing, the Redis response cache, resilience and access control."""
