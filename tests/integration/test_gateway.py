@@ -119,10 +119,13 @@ async def stub(gateway: Gateway) -> AsyncIterator[generation_pb2_grpc.Generation
         yield generation_pb2_grpc.GenerationStub(ch)
 
 
-def question(text: str, max_tokens: int = 12, **sampling: object) -> g.GenerateRequest:
+def question(
+    text: str, max_tokens: int = 12, cache: int = 0, **sampling: object
+) -> g.GenerateRequest:
     return g.GenerateRequest(
         chat=g.ChatMessages(messages=[g.ChatMessage(role="user", content=text)]),
-        sampling=g.SamplingParams(temperature=0.0, max_tokens=max_tokens, **sampling),  # type: ignore[arg-type]
+        sampling=g.SamplingParams(**{"temperature": 0.0, "max_tokens": max_tokens, **sampling}),  # type: ignore[arg-type]
+        cache=cache,  # type: ignore[arg-type]
     )
 
 
