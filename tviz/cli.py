@@ -172,6 +172,32 @@ def serve_gateway(
     gateway_main(_settings_with(GatewaySettings, "gateway", server, extra))
 
 
+@app.command("up")
+def up_cmd(
+    replicas: int = typer.Option(
+        1, min=1, max=8, help="Replicas to start (1 suits a CPU machine)."
+    ),
+    engine: str = typer.Option("auto", help="Replica engine: auto, vllm or reference."),
+    gateway_port: int = typer.Option(50050, help="Gateway gRPC port."),
+    replica_port: int = typer.Option(50051, help="First replica's port (then +1 each)."),
+    inspector_port: int = typer.Option(50061, help="Inspector gRPC port."),
+    metrics_port: int = typer.Option(9100, help="Gateway /metrics; replicas and inspector follow."),
+    redis_port: int = typer.Option(6379, help="Redis port (started when none answers)."),
+) -> None:
+    """Run the local stack: Redis, replicas, gateway and inspector; Ctrl-C stops it all."""
+    import asyncio
+
+    from tviz.up import run_stack
+
+    try:
+        asyncio.run(
+            run_stack(replicas, engine, gateway_port, replica_port, inspector_port, metrics_port,
+                      redis_port, console)
+        )  # fmt: skip
+    except (RuntimeError, TimeoutError) as exc:
+        raise fail(str(exc)) from None
+
+
 @app.command("generate")
 def generate_cmd(
     prompt: str = typer.Argument(..., help="The user message (or raw prompt with --raw)."),

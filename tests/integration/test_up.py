@@ -1,0 +1,63 @@
+"""`tviz up` starts the local stack, serves through it, and Ctrl-C stops every process."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.integration
+
+
+def test_up_serves_and_stops_cleanly(tmp_path: Path) -> None:
+    cli = str(Path(sys.executable).parent / "tviz")
+    gw, rep, ins, met = free_port(), free_port(), free_port(), free_port()
+    proc = subprocess.Popen(
+        [cli, "up", "--engine", "reference", "--gateway-port", str(gw), "--replica-port", str(rep),
+         "--inspector-port", str(ins), "--metrics-port", str(met)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        lines: list[str] = []
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "Ctrl-C stops everything" in line:
+                break
+        output = "".join(lines)
+        assert "tviz is up" in output, output
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert len(children) >= 3
+
+        result = subprocess.run(
+            [cli, "generate", "What is the capital of France?", "--target", f"127.0.0.1:{gw}"],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert "Paris" in result.stdout and "TTFT" in result.stdout
+        again = subprocess.run(
+            [cli, "generate", "What is the capital of France?", "--target", f"127.0.0.1:{gw}"],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert "cache hit" in again.stdout
+
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=90) == 0
+        time.sleep(0.5)
+        assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    finally:
+        if proc.poll() is None:
+            for c in psutil.Process(proc.pid).children(recursive=True):
+                c.kill()
+            proc.kill()
