@@ -48,9 +48,18 @@ async def serve(settings: InspectorSettings) -> None:
     log.info("loading %s from %s", settings.model.display_name, settings.model.directory)
     server = build(settings)
     port = await server.start()
+    web = settings.inspector.web
+    runner = None
+    if web.port is not None:
+        from inspector.web.server import WebApp, start_web
+
+        app = WebApp(f"127.0.0.1:{port}", web.gateway, web.api_key)
+        runner = await start_web(app, web.host, web.port)
     await server.set_serving(True)
     log.info("inspector ready on port %d", port)
     await server.serve_until_signal()
+    if runner is not None:
+        await runner.cleanup()
 
 
 def main(settings: InspectorSettings | None = None) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TypeVar
@@ -129,13 +130,47 @@ def serve_inspector(
     ),
     host: str | None = typer.Option(None, help="Address to bind (default 127.0.0.1)."),
     metrics_port: int | None = typer.Option(None, help="Serve Prometheus /metrics on this port."),
+    web_port: int | None = typer.Option(None, help="Also serve the web visualizer on this port."),
+    gateway: str | None = typer.Option(None, help="Gateway the web page streams from."),
 ) -> None:
-    """Serve the Inspector gRPC service on the configured weights."""
+    """Serve the Inspector gRPC service on the configured weights (and the web page)."""
     from inspector.main import main as inspector_main
     from inspector.settings import InspectorSettings
 
     server = {"port": port, "host": host, "metrics_port": metrics_port}
-    inspector_main(_settings_with(InspectorSettings, "inspector", server, {}))
+    settings = _settings_with(InspectorSettings, "inspector", server, {})
+    if web_port is not None or gateway is not None:
+        web = settings.inspector.web.model_copy(
+            update={k: v for k, v in (("port", web_port), ("gateway", gateway)) if v is not None}
+        )
+        section = settings.inspector.model_copy(update={"web": web})
+        settings = settings.model_copy(update={"inspector": section})
+    inspector_main(settings)
+
+
+@serve_app.command("web")
+def serve_web(
+    port: int = typer.Option(8080, help="HTTP port."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind."),
+    inspector: str = typer.Option("127.0.0.1:50061", help="Inspector host:port."),
+    gateway: str = typer.Option("127.0.0.1:50050", help="Gateway host:port."),
+    api_key: str | None = typer.Option(None, envvar="TVIZ_API_KEY", help="Key for both services."),
+) -> None:
+    """Serve only the web visualizer, talking to a running inspector and gateway."""
+    import asyncio
+
+    from inspector.web.server import WebApp, start_web
+
+    async def run() -> None:
+        runner = await start_web(WebApp(inspector, gateway, api_key), host, port)
+        out_console.print(f"web visualizer on http://{host}:{port}/ (Ctrl-C stops)")
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await runner.cleanup()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
 
 
 @serve_app.command("replica")
@@ -183,6 +218,7 @@ def up_cmd(
     inspector_port: int = typer.Option(50061, help="Inspector gRPC port."),
     metrics_port: int = typer.Option(9100, help="Gateway /metrics; replicas and inspector follow."),
     redis_port: int = typer.Option(6379, help="Redis port (started when none answers)."),
+    web_port: int = typer.Option(8080, help="Web visualizer HTTP port."),
 ) -> None:
     """Run the local stack: Redis, replicas, gateway and inspector; Ctrl-C stops it all."""
     import asyncio
@@ -192,7 +228,7 @@ def up_cmd(
     try:
         asyncio.run(
             run_stack(replicas, engine, gateway_port, replica_port, inspector_port, metrics_port,
-                      redis_port, console)
+                      redis_port, web_port, console)
         )  # fmt: skip
     except (RuntimeError, TimeoutError) as exc:
         raise fail(str(exc)) from None

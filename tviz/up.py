@@ -102,6 +102,7 @@ async def run_stack(
     inspector_port: int,
     metrics_port: int,
     redis_port: int,
+    web_port: int,
     console: Console,
 ) -> None:
     tviz = str(Path(sys.executable).parent / "tviz")
@@ -171,6 +172,10 @@ async def run_stack(
                 str(inspector_port),
                 "--metrics-port",
                 str(inspector_mport),
+                "--web-port",
+                str(web_port),
+                "--gateway",
+                f"127.0.0.1:{gateway_port}",
             ],
             f"127.0.0.1:{inspector_port}",
             f"http://127.0.0.1:{inspector_mport}/metrics",
@@ -204,11 +209,12 @@ async def run_stack(
         console.print(table)
         gw, ins = f"127.0.0.1:{gateway_port}", f"127.0.0.1:{inspector_port}"
         console.print(
+            f"Web visualizer: http://127.0.0.1:{web_port}/\n"
             "Try:\n"
             f'  .venv/bin/tviz generate "What is the capital of France?" --target {gw}\n'
             f'  .venv/bin/tviz inspect "The bank of the river flooded" --target {ins} '
             "--layer 5 --head 2 --out map.png\n"
-            "Not part of this build yet: the NGINX edge, Prometheus/Grafana and the web UI.\n"
+            "Not part of this build yet: the NGINX edge and Prometheus/Grafana.\n"
             "Ctrl-C stops everything."
         )
         while not stop.is_set():
