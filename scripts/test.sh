@@ -17,6 +17,11 @@ if ! (redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG); then
   redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
 fi
 
+if [[ ! -x /usr/bin/chromium ]]; then
+  say "installing chromium (Debian) for the browser tests"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+
 say "ruff"
 .venv/bin/ruff check .
 say "mypy"

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import psutil
@@ -18,10 +20,10 @@ pytestmark = pytest.mark.integration
 
 def test_up_serves_and_stops_cleanly(tmp_path: Path) -> None:
     cli = str(Path(sys.executable).parent / "tviz")
-    gw, rep, ins, met = free_port(), free_port(), free_port(), free_port()
+    gw, rep, ins, met, web = free_port(), free_port(), free_port(), free_port(), free_port()
     proc = subprocess.Popen(
         [cli, "up", "--engine", "reference", "--gateway-port", str(gw), "--replica-port", str(rep),
-         "--inspector-port", str(ins), "--metrics-port", str(met)],
+         "--inspector-port", str(ins), "--metrics-port", str(met), "--web-port", str(web)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path, text=True,
     )  # fmt: skip
     try:
@@ -38,6 +40,10 @@ def test_up_serves_and_stops_cleanly(tmp_path: Path) -> None:
         output = "".join(lines)
         assert "tviz is up" in output, output
         children = psutil.Process(proc.pid).children(recursive=True)
+        with urllib.request.urlopen(f"http://127.0.0.1:{web}/api/model", timeout=30) as resp:
+            assert json.load(resp)["num_layers"] == 30
+        with urllib.request.urlopen(f"http://127.0.0.1:{met}/metrics", timeout=30) as resp:
+            assert b"tviz_gateway_requests" in resp.read()
         assert len(children) >= 3
 
         result = subprocess.run(
