@@ -95,6 +95,7 @@ class GatewayServicer(generation_pb2_grpc.GenerationServicer):
         )
         self.flights: dict[str, Flight] = {}
         self.inflight = 0
+        self.handled = 0  # Generate calls received
 
     def service(self) -> Service:
         return Service(
@@ -167,6 +168,7 @@ class GatewayServicer(generation_pb2_grpc.GenerationServicer):
     ) -> AsyncIterator[g.GenerateChunk]:
         start, code, label = time.perf_counter(), grpc.StatusCode.OK, "miss"
         first_token_at: float | None = None
+        self.handled += 1
         if self.inflight >= self.settings.max_inflight:
             self.metrics.requests.labels(code="RESOURCE_EXHAUSTED").inc()
             raise ResourceExhausted(f"gateway busy: {self.inflight} requests in flight")

@@ -17,9 +17,14 @@ if ! (redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG); then
   redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
 fi
 
-if [[ ! -x /usr/bin/chromium ]]; then
-  say "installing chromium (Debian) for the browser tests"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+# Debian packages the tests run for real: the browser, the edge proxy, the metrics server.
+missing=()
+[[ -x /usr/bin/chromium ]] || missing+=(chromium)
+command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
+command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
+if (( ${#missing[@]} )); then
+  say "installing ${missing[*]} (Debian)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 say "ruff"
