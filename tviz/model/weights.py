@@ -212,6 +212,8 @@ def fetch(settings: ModelSettings, progress: Progress = log.info, force: bool = 
 
 
 def read_config(directory: Path) -> dict:
+    if not directory.is_dir():
+        raise WeightsError(f"model directory {directory} does not exist (run `tviz model fetch`)")
     if not (directory / "config.json").is_file():
         raise WeightsError(f"model directory {directory} has no config.json")
     try:
