@@ -258,6 +258,23 @@ def generate_cmd(
         raise fail(str(exc)) from None
 
 
+@app.command("loadtest")
+def loadtest_cmd(
+    target: str = typer.Option("127.0.0.1:50050", help="Gateway (or NGINX edge) host:port."),
+    inspector: str | None = typer.Option(None, help="Inspector host:port for dump users."),
+    users: int = typer.Option(8, min=1, help="Concurrent users."),
+    spawn_rate: float = typer.Option(2.0, help="Users started per second."),
+    duration: str = typer.Option("60s", help="Run time, e.g. 30s, 5m."),
+    out: Path = typer.Option(Path("loadtest/reports"), help="Folder for CSV and HTML reports."),
+    api_key: str | None = typer.Option(None, envvar="TVIZ_API_KEY", help="API key to send."),
+) -> None:
+    """Run locust headless against the stack; writes CSV and HTML reports."""
+    from tviz.loadtest_cli import run_loadtest
+
+    code = run_loadtest(target, inspector, users, spawn_rate, duration, out, api_key, out_console)
+    raise typer.Exit(code)
+
+
 @app.command("inspect")
 def inspect_cmd(
     prompt: str = typer.Argument(..., help="Text to run through the model."),
