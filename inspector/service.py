@@ -76,8 +76,8 @@ class InspectorServicer(inspector_pb2_grpc.InspectorServicer):
             async with self.limiter.slot():
                 self._gauges()
                 async for item in stream_from_thread(self.executor, work):
-                    if isinstance(item, inspector_pb2.TapTensor):
-                        self.metrics.bytes_sent.labels(rpc=rpc).inc(len(item.tensor.data))
+                    if isinstance(item, inspector_pb2.InspectChunk) and item.HasField("tensor"):
+                        self.metrics.bytes_sent.labels(rpc=rpc).inc(len(item.tensor.tensor.data))
                     yield item
         except BaseException as exc:
             error = exc

@@ -193,9 +193,9 @@ class GrpcServer:
         await self.set_serving(False)
         await self.server.start()
         if self.settings.metrics_port is not None:
-            from prometheus_client import start_http_server
+            from tviz.metrics_http import start_metrics_server
 
-            start_http_server(self.settings.metrics_port, addr=self.settings.host)
+            start_metrics_server(self.settings.metrics_port, self.settings.host)
         log.info(
             "listening on %s:%d (tls=%s)",
             self.settings.host,
