@@ -4,6 +4,7 @@
 #
 #   TVIZ_ENGINE=cpu|gpu   force the engine (default: gpu when nvidia-smi sees a GPU, else cpu)
 #   PYTHON=python3.11     interpreter for the virtualenv
+#   TVIZ_SKIP_WEIGHTS=1   do not fetch the weights (container images: a volume holds them)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -50,6 +51,10 @@ fi
 say "generating gRPC code from proto/"
 .venv/bin/python -m tviz.codegen
 
-say "fetching the default weights"
-.venv/bin/tviz model fetch
+if [[ -n "${TVIZ_SKIP_WEIGHTS:-}" ]]; then
+  say "skipping the weights (TVIZ_SKIP_WEIGHTS is set)"
+else
+  say "fetching the default weights"
+  .venv/bin/tviz model fetch
+fi
 say "ready"

@@ -19,6 +19,25 @@ class EdgeConfig:
     tls_key: Path | None = None
 
 
+def render_site(gateways: list[str], listen: list[str]) -> str:
+    """nginx/tviz-edge.conf with its placeholders filled."""
+    site = (NGINX_DIR / "tviz-edge.conf").read_text()
+    site = site.replace("{{GATEWAY_SERVERS}}", "\n".join(f"    server {g};" for g in gateways))
+    return site.replace("{{LISTEN}}", "\n".join(listen))
+
+
+# The copy Kubernetes mounts (k8s/base/nginx/): the gateway Service, h2c on 8080, TLS on 8443.
+K8S_SITE = Path(__file__).resolve().parent.parent / "k8s" / "base" / "nginx" / "tviz-edge.conf"
+K8S_GATEWAYS = ["tviz-gateway:50050"]
+K8S_LISTEN = [
+    "    listen 8080 http2;",
+    "    listen 8443 ssl http2;",
+    "    ssl_certificate /etc/tviz/tls/tls.crt;",
+    "    ssl_certificate_key /etc/tviz/tls/tls.key;",
+    "    ssl_protocols TLSv1.2 TLSv1.3;",
+]
+
+
 def render(cfg: EdgeConfig, workdir: Path) -> Path:
     """Write nginx.conf and tviz-edge.conf under `workdir`; returns the nginx.conf path."""
     for sub in ("logs", "tmp"):
@@ -33,10 +52,7 @@ def render(cfg: EdgeConfig, workdir: Path) -> Path:
             f"    ssl_certificate_key {cfg.tls_key.resolve()};",
             "    ssl_protocols TLSv1.2 TLSv1.3;",
         ]
-    site = (NGINX_DIR / "tviz-edge.conf").read_text()
-    site = site.replace("{{GATEWAY_SERVERS}}", "\n".join(f"    server {g};" for g in cfg.gateways))
-    site = site.replace("{{LISTEN}}", "\n".join(listen))
-    (workdir / "tviz-edge.conf").write_text(site)
+    (workdir / "tviz-edge.conf").write_text(render_site(cfg.gateways, listen))
     main = (NGINX_DIR / "nginx.conf").read_text().replace("{{SITE_CONF}}", "tviz-edge.conf")
     conf = workdir / "nginx.conf"
     conf.write_text(main)
@@ -69,3 +85,14 @@ def check(conf: Path) -> None:
     )
     if result.returncode != 0:
         raise RuntimeError(result.stderr.strip())
+
+
+def main() -> None:
+    """`python -m tviz.edge`: regenerate the Kubernetes copy of the edge configuration."""
+    K8S_SITE.parent.mkdir(parents=True, exist_ok=True)
+    K8S_SITE.write_text(render_site(K8S_GATEWAYS, K8S_LISTEN))
+    print(f"wrote {K8S_SITE}")
+
+
+if __name__ == "__main__":
+    main()
