@@ -219,6 +219,10 @@ def up_cmd(
     metrics_port: int = typer.Option(9100, help="Gateway /metrics; replicas and inspector follow."),
     redis_port: int = typer.Option(6379, help="Redis port (started when none answers)."),
     web_port: int = typer.Option(8080, help="Web visualizer HTTP port."),
+    edge_port: int = typer.Option(
+        8081, help="NGINX gRPC edge (h2c) port, when nginx is installed."
+    ),
+    prometheus_port: int = typer.Option(9090, help="Prometheus port, when it is installed."),
 ) -> None:
     """Run the local stack: Redis, replicas, gateway and inspector; Ctrl-C stops it all."""
     import asyncio
@@ -228,7 +232,7 @@ def up_cmd(
     try:
         asyncio.run(
             run_stack(replicas, engine, gateway_port, replica_port, inspector_port, metrics_port,
-                      redis_port, web_port, console)
+                      redis_port, web_port, edge_port, prometheus_port, console)
         )  # fmt: skip
     except (RuntimeError, TimeoutError) as exc:
         raise fail(str(exc)) from None

@@ -94,6 +94,48 @@ class Stack:
         self.console.print("[cyan]•[/] all services stopped")
 
 
+async def wait_http(url: str, timeout: float) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            await asyncio.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer in {timeout:.0f} s")
+
+
+async def start_edge_and_prometheus(
+    stack: Stack, gateway_port: int, edge_port: int, prometheus_port: int,
+    jobs: dict[str, list[str]],
+) -> dict[str, str]:  # fmt: skip
+    """NGINX in front of the gateway and Prometheus scraping everything, when installed."""
+    from tviz import edge, monitoring
+
+    started: dict[str, str] = {}
+    if edge.nginx_binary() is not None:
+        conf = edge.render(
+            edge.EdgeConfig(gateways=[f"127.0.0.1:{gateway_port}"], port=edge_port),
+            Path(".tviz/nginx").resolve(),
+        )
+        edge.check(conf)
+        child = stack.spawn("nginx-edge", edge.command(conf), f"127.0.0.1:{edge_port}")
+        await stack.wait_serving(child, timeout=30)
+        started["edge"] = child.address
+    if monitoring.prometheus_binary() is not None:
+        work = Path(".tviz/prometheus").resolve()
+        work.mkdir(parents=True, exist_ok=True)
+        config = work / "prometheus.yml"
+        config.write_text(monitoring.prometheus_config(jobs))
+        url = f"http://127.0.0.1:{prometheus_port}"
+        stack.spawn("prometheus", monitoring.command(config, work / "data", prometheus_port), url)
+        await wait_http(f"{url}/-/ready", timeout=60)
+        started["prometheus"] = url
+    return started
+
+
 async def run_stack(
     replicas: int,
     engine: str,
@@ -103,6 +145,8 @@ async def run_stack(
     metrics_port: int,
     redis_port: int,
     web_port: int,
+    edge_port: int,
+    prometheus_port: int,
     console: Console,
 ) -> None:
     tviz = str(Path(sys.executable).parent / "tviz")
@@ -200,6 +244,12 @@ async def run_stack(
         )
         await stack.wait_serving(gateway, timeout=120)
         await stack.wait_serving(inspector, timeout=300)
+        extras = await start_edge_and_prometheus(
+            stack, gateway_port, edge_port, prometheus_port,
+            {"gateway": [f"127.0.0.1:{metrics_port}"],
+             "replica": [c.metrics.split("/")[2] for c in reps],
+             "inspector": [f"127.0.0.1:{inspector_mport}"]},
+        )  # fmt: skip
 
         table = Table(title="tviz is up")
         for col in ("service", "gRPC", "metrics", "log"):
@@ -208,13 +258,20 @@ async def run_stack(
             table.add_row(child.name, child.address, child.metrics, str(child.log))
         console.print(table)
         gw, ins = f"127.0.0.1:{gateway_port}", f"127.0.0.1:{inspector_port}"
+        if "edge" in extras:
+            gw = extras["edge"]
         console.print(
             f"Web visualizer: http://127.0.0.1:{web_port}/\n"
-            "Try:\n"
+            + (
+                f"Prometheus: {extras['prometheus']} (dashboards: k8s/base/dashboards/*.json)\n"
+                if "prometheus" in extras
+                else "Prometheus is not installed: no metrics server.\n"
+            )
+            + ("" if "edge" in extras else "NGINX is not installed: clients call the gateway.\n")
+            + "Try:\n"
             f'  .venv/bin/tviz generate "What is the capital of France?" --target {gw}\n'
             f'  .venv/bin/tviz inspect "The bank of the river flooded" --target {ins} '
             "--layer 5 --head 2 --out map.png\n"
-            "Not part of this build yet: the NGINX edge and Prometheus/Grafana.\n"
             "Ctrl-C stops everything."
         )
         while not stop.is_set():

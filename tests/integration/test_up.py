@@ -21,9 +21,11 @@ pytestmark = pytest.mark.integration
 def test_up_serves_and_stops_cleanly(tmp_path: Path) -> None:
     cli = str(Path(sys.executable).parent / "tviz")
     gw, rep, ins, met, web = free_port(), free_port(), free_port(), free_port(), free_port()
+    edge_port, prom = free_port(), free_port()
     proc = subprocess.Popen(
         [cli, "up", "--engine", "reference", "--gateway-port", str(gw), "--replica-port", str(rep),
-         "--inspector-port", str(ins), "--metrics-port", str(met), "--web-port", str(web)],
+         "--inspector-port", str(ins), "--metrics-port", str(met), "--web-port", str(web),
+         "--edge-port", str(edge_port), "--prometheus-port", str(prom)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path, text=True,
     )  # fmt: skip
     try:
@@ -46,8 +48,9 @@ def test_up_serves_and_stops_cleanly(tmp_path: Path) -> None:
             assert b"tviz_gateway_requests" in resp.read()
         assert len(children) >= 3
 
+        # through the NGINX edge, in front of the gateway
         result = subprocess.run(
-            [cli, "generate", "What is the capital of France?", "--target", f"127.0.0.1:{gw}"],
+            [cli, "generate", "What is the capital of France?", "--target", f"127.0.0.1:{edge_port}"],
             capture_output=True, text=True, timeout=120, check=False,
         )  # fmt: skip
         assert result.returncode == 0, result.stderr
@@ -57,6 +60,18 @@ def test_up_serves_and_stops_cleanly(tmp_path: Path) -> None:
             capture_output=True, text=True, timeout=120, check=False,
         )  # fmt: skip
         assert "cache hit" in again.stdout
+        deadline = time.monotonic() + 30
+        while True:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{prom}/api/v1/targets", timeout=10
+            ) as resp:
+                targets = json.load(resp)["data"]["activeTargets"]
+            up = len(targets) == 3 and all(t["health"] == "up" for t in targets)
+            if up or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert {t["labels"]["job"] for t in targets} == {"gateway", "replica", "inspector"}
+        assert all(t["health"] == "up" for t in targets), targets
 
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=90) == 0
