@@ -136,7 +136,7 @@ class InspectorUser(User):
     def on_stop(self) -> None:
         self.channel.close()
 
-    @task
+    @task(3)
     def dump(self) -> None:
         req = inspector_pb2.InspectRequest(
             input=inspector_pb2.ModelInput(prompt=random.choice(QUESTIONS)),
@@ -151,6 +151,18 @@ class InspectorUser(User):
             fire(self, "Inspect attention", start, size, None)
         except grpc.RpcError as exc:
             fire(self, "Inspect attention", start, size, exc)
+
+    @task(1)
+    def profile(self) -> None:
+        req = inspector_pb2.ProfileRequest(
+            input=inspector_pb2.ModelInput(prompt=random.choice(QUESTIONS)), repeats=1
+        )
+        start = time.perf_counter()
+        try:
+            self.stub.Profile(req, metadata=METADATA, timeout=120)
+            fire(self, "Profile", start, 0, None)
+        except grpc.RpcError as exc:
+            fire(self, "Profile", start, 0, exc)
 
 
 if not InspectorUser.target:
