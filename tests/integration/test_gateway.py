@@ -423,3 +423,32 @@ async def test_api_keys_rate_limit_and_admission(reference_replica, redis_server
             assert (await slow)[0][-1].finish_reason
     finally:
         await gw.stop(0)
+
+
+async def test_refresh_local_cache_dns_and_request_size(reference_replica) -> None:  # type: ignore[no-untyped-def]
+    port = reference_replica.target.rsplit(":", 1)[1]
+    # DNS discovery (a headless Service in Kubernetes): "localhost" resolves to the replica
+    settings = gateway_settings([], None)
+    section = settings.gateway.model_copy(
+        update={"replicas": [], "replicas_dns": f"localhost:{port}"}
+    )
+    gw = await started(settings.model_copy(update={"gateway": section}))
+    try:
+        assert f"127.0.0.1:{port}" in gw.pool.upstreams
+        async with aio_channel(gw.target) as ch:  # type: ignore[attr-defined]
+            stub = generation_pb2_grpc.GenerationStub(ch)
+            req = question(f"Pick a number. ({uuid.uuid4().hex[:6]})", max_tokens=3)
+            before = reference_replica.servicer.served
+            await collect(stub, req)
+            assert (await collect(stub, req))[1] == "cache"  # no Redis: the in-process LRU answers
+            refresh = g.GenerateRequest(
+                chat=req.chat, sampling=req.sampling, cache=g.CACHE_MODE_REFRESH
+            )
+            assert (await collect(stub, refresh))[1] != "cache"
+            assert reference_replica.servicer.served == before + 2
+            assert (await collect(stub, req))[1] == "cache"
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await collect(stub, g.GenerateRequest(prompt="x" * (5 * 1024 * 1024)))
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        await gw.stop(0)

@@ -162,3 +162,15 @@ def test_rows_at_different_lengths_decode_together(tiny: tuple[Path, torch.nn.Mo
     assert pattern.shape[-1] == 9
     assert torch.all(pattern[0, :, 0, 5:] == 0) and torch.all(pattern[1, :, 0] > 0)
     assert cache.lengths == [5, 0, 9, 0]
+
+
+def test_bfloat16_weights_track_float32(tiny: tuple[Path, torch.nn.Module]) -> None:
+    full = Transformer.from_pretrained(tiny[0], dtype=torch.float32)
+    half = Transformer.from_pretrained(tiny[0], dtype=torch.bfloat16)
+    assert half.embed_tokens.weight.dtype == torch.bfloat16
+    ids = torch.randint(0, 101, (1, 12))
+    with torch.no_grad():
+        a, b = full(ids), half(ids).float()
+    assert torch.isfinite(b).all()
+    assert (a - b).abs().max() < 0.1 * a.abs().max()
+    assert (a.argmax(-1) == b.argmax(-1)).float().mean() > 0.8
