@@ -16,16 +16,6 @@ from tviz.server import GrpcServer
 
 log = logging.getLogger(__name__)
 
-_METRICS: InspectorMetrics | None = None
-
-
-def metrics() -> InspectorMetrics:
-    """One set of collectors per process (prometheus_client registers them globally)."""
-    global _METRICS
-    if _METRICS is None:
-        _METRICS = InspectorMetrics()
-    return _METRICS
-
 
 def build(settings: InspectorSettings, engine: InspectorEngine | None = None) -> GrpcServer:
     section = settings.inspector
@@ -36,7 +26,7 @@ def build(settings: InspectorSettings, engine: InspectorEngine | None = None) ->
         engine = InspectorEngine(settings.model, section.max_tokens, dtype)
     servicer = InspectorServicer(
         engine,
-        metrics(),
+        InspectorMetrics.get(),
         section.max_concurrency,
         section.max_queue,
         section.server.max_message_bytes,

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from inspector.engine import InspectorEngine
-from inspector.main import build, metrics
+from inspector.main import build
+from inspector.metrics import InspectorMetrics
 from tests.integration.conftest import inspector_settings
 from tviz.client import aio_channel, auth_metadata
 from tviz.config import ServerSettings, hash_api_key
@@ -171,7 +172,7 @@ async def test_profile_reports_every_layer_and_records_histograms(stub) -> None:
     assert all(layer.attention_ms > 0 and layer.mlp_ms > 0 for layer in resp.layers)
     parts = sum(layer.attention_ms + layer.mlp_ms for layer in resp.layers)
     assert parts < resp.total_ms * 1.5
-    hist = metrics().layer_latency.labels(layer="29", part="mlp")
+    hist = InspectorMetrics.get().layer_latency.labels(layer="29", part="mlp")
     assert hist._sum.get() > 0  # type: ignore[attr-defined]
 
 
