@@ -30,3 +30,16 @@ def test_api_keys_are_configured_as_hashes() -> None:
 def test_tls_needs_both_files(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="together"):
         ServerSettings(tls_cert=tmp_path / "cert.pem")
+
+
+def test_inspector_dumps_are_not_open_to_everyone_by_default() -> None:
+    from inspector.settings import InspectorSection, WebSettings
+
+    assert InspectorSection().server.host == "127.0.0.1"
+    with pytest.raises(ValidationError, match="reachable from other machines"):
+        InspectorSection(server=ServerSettings(host="0.0.0.0"))
+    with pytest.raises(ValidationError, match="web.host"):
+        InspectorSection(web=WebSettings(host="0.0.0.0", port=8080))
+    keyed = ServerSettings(host="0.0.0.0", api_key_hashes=[hash_api_key("k")])
+    assert InspectorSection(server=keyed).server.host == "0.0.0.0"
+    assert InspectorSection(server=ServerSettings(host="0.0.0.0"), allow_anonymous_remote=True)
