@@ -38,7 +38,7 @@ def test_inspector_dumps_are_not_open_to_everyone_by_default() -> None:
     assert InspectorSection().server.host == "127.0.0.1"
     with pytest.raises(ValidationError, match="reachable from other machines"):
         InspectorSection(server=ServerSettings(host="0.0.0.0"))
-    with pytest.raises(ValidationError, match="web.host"):
+    with pytest.raises(ValidationError, match=r"web\.host"):
         InspectorSection(web=WebSettings(host="0.0.0.0", port=8080))
     keyed = ServerSettings(host="0.0.0.0", api_key_hashes=[hash_api_key("k")])
     assert InspectorSection(server=keyed).server.host == "0.0.0.0"
