@@ -253,7 +253,7 @@ async def run_stack(
 
         table = Table(title="tviz is up")
         for col in ("service", "gRPC", "metrics", "log"):
-            table.add_column(col)
+            table.add_column(col, overflow="fold")
         for child in stack.children:
             table.add_row(child.name, child.address, child.metrics, str(child.log))
         console.print(table)
@@ -272,7 +272,8 @@ async def run_stack(
             f'  .venv/bin/tviz generate "What is the capital of France?" --target {gw}\n'
             f'  .venv/bin/tviz inspect "The bank of the river flooded" --target {ins} '
             "--layer 5 --head 2 --out map.png\n"
-            "Ctrl-C stops everything."
+            "Ctrl-C stops everything.",
+            soft_wrap=True,
         )
         while not stop.is_set():
             for child in stack.children:
