@@ -15,7 +15,7 @@ from inspector.metrics import InspectorMetrics
 from tviz.convert import to_tensor
 from tviz.errors import InvalidArgument, to_status
 from tviz.server import Service
-from tviz.v1 import inspector_pb2, inspector_pb2_grpc, model_pb2, tensor_pb2
+from tviz.v1 import inspector_pb2, inspector_pb2_grpc, tensor_pb2
 from tviz.workers import Limiter, run_in_thread, stream_from_thread
 
 SERVICE_NAME = inspector_pb2.DESCRIPTOR.services_by_name["Inspector"].full_name
@@ -212,6 +212,3 @@ class InspectorServicer(inspector_pb2_grpc.InspectorServicer):
     async def GetModelInfo(self, request, context):
         e = self.engine
         return convert.model_info(e.name, e.digest, e.cfg, e.max_tokens)
-
-
-__all__ = ["SERVICE_NAME", "InspectorServicer", "model_pb2"]
