@@ -57,9 +57,8 @@ class Gateway:
 async def serve(settings: GatewaySettings) -> None:
     gateway = Gateway(settings)
     await gateway.start()
-    await gateway.server.serve_until_signal()
-    await gateway.pool.stop()
-    await gateway.store.close()
+    await gateway.server.wait_for_signal()
+    await gateway.stop()
 
 
 def main(settings: GatewaySettings | None = None) -> None:

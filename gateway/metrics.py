@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+
 from prometheus_client import Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
-
-_INSTANCE: GatewayMetrics | None = None
 
 
 class GatewayMetrics:
@@ -43,8 +43,7 @@ class GatewayMetrics:
         )
 
     @classmethod
+    @functools.cache
     def get(cls) -> GatewayMetrics:
-        global _INSTANCE
-        if _INSTANCE is None:
-            _INSTANCE = cls()
-        return _INSTANCE
+        """One set per process: prometheus_client registers collectors globally."""
+        return cls()

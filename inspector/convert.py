@@ -7,11 +7,9 @@ import math
 import torch
 
 from inspector.engine import ChatTurn, DecodeItem, ModelInputValue, StateItem, TapItem
-from tviz import __version__
 from tviz.convert import to_tensor, wire_dtype
 from tviz.errors import InvalidArgument
-from tviz.model.config import ModelConfig
-from tviz.v1 import inspector_pb2, model_pb2, tensor_pb2
+from tviz.v1 import inspector_pb2, tensor_pb2
 
 VALID_ROLES = ("system", "user", "assistant")
 
@@ -98,21 +96,6 @@ def decode_step(item: DecodeItem, dtype: int) -> inspector_pb2.DecodeStep:
         attention=[tap_tensor(a, dtype) for a in item.attention],
         step_ms=item.step_ms,
         last=item.last,
-    )
-
-
-def model_info(name: str, digest: str, cfg: ModelConfig, max_context: int) -> model_pb2.ModelInfo:
-    return model_pb2.ModelInfo(
-        name=name,
-        weights_digest=digest,
-        max_context=max_context,
-        engine=model_pb2.ENGINE_KIND_INSPECTOR,
-        engine_version=f"tviz {__version__} / torch {torch.__version__}",
-        num_layers=cfg.n_layers,
-        num_heads=cfg.n_heads,
-        num_kv_heads=cfg.n_kv_heads,
-        d_model=cfg.d_model,
-        vocab_size=cfg.vocab_size,
     )
 
 

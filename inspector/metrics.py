@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from prometheus_client import Counter, Gauge, Histogram
 
 # Sub-millisecond to seconds: one layer of a small model on a CPU is ~0.1-5 ms.
@@ -9,17 +11,12 @@ LAYER_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.0
 REQUEST_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
-_INSTANCE: InspectorMetrics | None = None
-
-
 class InspectorMetrics:
     @classmethod
+    @functools.cache
     def get(cls) -> InspectorMetrics:
         """One set per process: prometheus_client registers collectors globally."""
-        global _INSTANCE
-        if _INSTANCE is None:
-            _INSTANCE = cls()
-        return _INSTANCE
+        return cls()
 
     def __init__(self) -> None:
         self.layer_latency = Histogram(

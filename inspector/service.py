@@ -8,14 +8,16 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
+import torch
 
 from inspector import convert
 from inspector.engine import DecodeItem, InspectorEngine, StateItem, TapItem
 from inspector.metrics import InspectorMetrics
-from tviz.convert import to_tensor
+from tviz import __version__
+from tviz.convert import model_info, to_tensor
 from tviz.errors import InvalidArgument, to_status
 from tviz.server import Service
-from tviz.v1 import inspector_pb2, inspector_pb2_grpc, tensor_pb2
+from tviz.v1 import inspector_pb2, inspector_pb2_grpc, model_pb2, tensor_pb2
 from tviz.workers import Limiter, run_in_thread, stream_from_thread
 
 SERVICE_NAME = inspector_pb2.DESCRIPTOR.services_by_name["Inspector"].full_name
@@ -211,4 +213,7 @@ class InspectorServicer(inspector_pb2_grpc.InspectorServicer):
 
     async def GetModelInfo(self, request, context):
         e = self.engine
-        return convert.model_info(e.name, e.digest, e.cfg, e.max_tokens)
+        return model_info(
+            e.name, e.digest, e.cfg, e.max_tokens, model_pb2.ENGINE_KIND_INSPECTOR,
+            f"tviz {__version__} / torch {torch.__version__}",
+        )  # fmt: skip

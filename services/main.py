@@ -14,12 +14,12 @@ from services.health import HealthProber
 from services.metrics import ReplicaMetrics
 from services.service import GenerationServicer
 from services.settings import ReplicaSettings
+from tviz.convert import model_info
 from tviz.generation import Sampling
 from tviz.model.config import ModelConfig
 from tviz.model.tokenizer import Tokenizer
 from tviz.model.weights import load_manifest
 from tviz.server import GrpcServer
-from tviz.v1 import model_pb2
 
 log = logging.getLogger(__name__)
 
@@ -62,18 +62,10 @@ class Replica:
         cfg = ModelConfig.from_dir(directory)
         self.engine = engine or make_engine(settings)
         self.tokenizer = Tokenizer(directory)
-        info = model_pb2.ModelInfo(
-            name=settings.model.display_name,
-            weights_digest=manifest.digest,
-            max_context=settings.replica.max_model_len,
-            engine=self.engine.kind,  # type: ignore[arg-type]
-            engine_version=self.engine.version,
-            num_layers=cfg.n_layers,
-            num_heads=cfg.n_heads,
-            num_kv_heads=cfg.n_kv_heads,
-            d_model=cfg.d_model,
-            vocab_size=cfg.vocab_size,
-        )
+        info = model_info(
+            settings.model.display_name, manifest.digest, cfg, settings.replica.max_model_len,
+            self.engine.kind, self.engine.version,
+        )  # fmt: skip
         self.metrics = ReplicaMetrics.get()
         section = settings.replica
         self.servicer = GenerationServicer(
@@ -126,14 +118,7 @@ class Replica:
 async def serve(settings: ReplicaSettings) -> None:
     replica = Replica(settings)
     await replica.start()
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    import signal
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("draining for up to %.1f s", settings.replica.server.grace_seconds)
+    await replica.server.wait_for_signal()
     await replica.stop()
     log.info("stopped")
 

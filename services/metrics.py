@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import functools
 
-_INSTANCE: ReplicaMetrics | None = None
+from prometheus_client import Counter, Gauge, Histogram
 
 
 class ReplicaMetrics:
@@ -26,9 +26,7 @@ class ReplicaMetrics:
         )
 
     @classmethod
+    @functools.cache
     def get(cls) -> ReplicaMetrics:
         """One set per process: prometheus_client registers collectors globally."""
-        global _INSTANCE
-        if _INSTANCE is None:
-            _INSTANCE = cls()
-        return _INSTANCE
+        return cls()

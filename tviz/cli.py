@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -105,19 +105,25 @@ def model_verify() -> None:
     out.print(f"ok {manifest.digest}")
 
 
-def _settings_with(
-    cls: type[S], section: str, server: Mapping[str, object], extra: Mapping[str, object]
-) -> S:
-    """Build a service's settings from the environment, then apply command-line overrides."""
+def _merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> None:
+    """Apply nested overrides in place; None means 'not given on the command line'."""
+    for key, value in overrides.items():
+        if isinstance(value, Mapping):
+            _merge(base[key], value)
+        elif value is not None:
+            base[key] = value
+
+
+def _settings_with(cls: type[S], overrides: Mapping[str, Any]) -> S:
+    """Build a service's settings from the environment, then apply command-line overrides
+    (validated like any other settings)."""
     from pydantic import ValidationError
 
     from tviz.errors import format_validation_error
 
     try:
         base = cls().model_dump()
-        sec = base[section]
-        sec["server"].update({k: v for k, v in server.items() if v is not None})
-        sec.update({k: v for k, v in extra.items() if v is not None})
+        _merge(base, overrides)
         return cls.model_validate(base)
     except ValidationError as exc:
         raise fail(format_validation_error(exc)) from None
@@ -138,14 +144,8 @@ def serve_inspector(
     from inspector.settings import InspectorSettings
 
     server = {"port": port, "host": host, "metrics_port": metrics_port}
-    settings = _settings_with(InspectorSettings, "inspector", server, {})
-    if web_port is not None or gateway is not None:
-        web = settings.inspector.web.model_copy(
-            update={k: v for k, v in (("port", web_port), ("gateway", gateway)) if v is not None}
-        )
-        section = settings.inspector.model_copy(update={"web": web})
-        settings = settings.model_copy(update={"inspector": section})
-    inspector_main(settings)
+    web = {"port": web_port, "gateway": gateway}
+    inspector_main(_settings_with(InspectorSettings, {"inspector": {"server": server, "web": web}}))
 
 
 @serve_app.command("web")
@@ -185,7 +185,7 @@ def serve_replica(
     from services.settings import ReplicaSettings
 
     server = {"port": port, "host": host, "metrics_port": metrics_port}
-    replica_main(_settings_with(ReplicaSettings, "replica", server, {"engine": engine}))
+    replica_main(_settings_with(ReplicaSettings, {"replica": {"server": server, "engine": engine}}))
 
 
 @serve_app.command("gateway")
@@ -200,11 +200,10 @@ def serve_gateway(
     from gateway.main import main as gateway_main
     from gateway.settings import GatewaySettings
 
-    extra: dict[str, object] = {"routing": routing}
-    if replicas:
-        extra["replicas"] = [r.strip() for r in replicas.split(",") if r.strip()]
+    targets = [r.strip() for r in replicas.split(",") if r.strip()] if replicas else None
     server = {"port": port, "host": host, "metrics_port": metrics_port}
-    gateway_main(_settings_with(GatewaySettings, "gateway", server, extra))
+    section = {"server": server, "routing": routing, "replicas": targets}
+    gateway_main(_settings_with(GatewaySettings, {"gateway": section}))
 
 
 @app.command("up")

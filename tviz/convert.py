@@ -6,7 +6,8 @@ import numpy as np
 import torch
 
 from tviz.errors import InvalidArgument
-from tviz.v1 import tensor_pb2
+from tviz.model.config import ModelConfig
+from tviz.v1 import model_pb2, tensor_pb2
 
 _NP_DTYPES: dict[int, np.dtype] = {
     tensor_pb2.DTYPE_FLOAT16: np.dtype("<f2"),
@@ -39,6 +40,24 @@ def to_tensor(
     if array.ndim:  # ascontiguousarray would turn a scalar into shape (1,)
         array = np.ascontiguousarray(array)
     return tensor_pb2.Tensor(shape=list(array.shape), dtype=dtype, data=array.tobytes())  # type: ignore[arg-type]
+
+
+def model_info(
+    name: str, digest: str, cfg: ModelConfig, max_context: int, engine: int, engine_version: str
+) -> model_pb2.ModelInfo:
+    """What every service reports in GetModelInfo: the model, its weights digest, its shape."""
+    return model_pb2.ModelInfo(
+        name=name,
+        weights_digest=digest,
+        max_context=max_context,
+        engine=engine,  # type: ignore[arg-type]
+        engine_version=engine_version,
+        num_layers=cfg.n_layers,
+        num_heads=cfg.n_heads,
+        num_kv_heads=cfg.n_kv_heads,
+        d_model=cfg.d_model,
+        vocab_size=cfg.vocab_size,
+    )
 
 
 def from_tensor(msg: tensor_pb2.Tensor) -> np.ndarray:

@@ -221,12 +221,16 @@ class GrpcServer:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.grace_seconds if grace is None else grace)
 
-    async def serve_until_signal(self) -> None:
-        """Run until SIGTERM or SIGINT (or request_stop), then stop gracefully."""
+    async def wait_for_signal(self) -> None:
+        """Return on SIGTERM or SIGINT (or request_stop); the caller then stops what it runs."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         await self._stop.wait()
         log.info("stopping: draining for up to %.1f s", self.settings.grace_seconds)
+
+    async def serve_until_signal(self) -> None:
+        """Run until SIGTERM or SIGINT (or request_stop), then stop gracefully."""
+        await self.wait_for_signal()
         await self.stop()
         log.info("stopped")
